@@ -22,10 +22,14 @@ import tempfile
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 import pooch
+
+if TYPE_CHECKING:  # TensorFlow is imported only by the functions that need it
+    import tensorflow as tf
 
 logger = logging.getLogger(__name__)
 
@@ -289,6 +293,8 @@ class IdMap:
     def to_index(self, raw_ids, name: str = "raw_ids") -> np.ndarray:
         """Map raw ids to int32 indices; raise ``ValueError`` naming unknown ids."""
         raw = np.asarray(raw_ids, dtype=np.int64)
+        if len(self.ids) == 0:
+            raise ValueError(f"{name}: this IdMap holds no ids, so no id can be mapped")
         position = np.searchsorted(self.ids, raw)
         position = np.minimum(position, len(self.ids) - 1)
         unknown = self.ids[position] != raw
@@ -301,7 +307,10 @@ class IdMap:
         """Map indices back to raw ids; raise ``ValueError`` for indices out of range."""
         index = np.asarray(indices)
         if index.size and (index.min() < 0 or index.max() >= len(self.ids)):
-            raise ValueError(f"{name}: indices must lie in [0, {len(self.ids)}), got {index}")
+            raise ValueError(
+                f"{name}: indices must lie in [0, {len(self.ids)}), "
+                f"got values from {index.min()} to {index.max()}"
+            )
         return self.ids[index]
 
 
@@ -325,6 +334,16 @@ class Ratings:
     def __len__(self) -> int:
         return len(self.values)
 
+    def take(self, rows) -> Ratings:
+        """The ratings at positions ``rows`` (an index array or boolean mask), same M shape."""
+        return Ratings(
+            users=self.users[rows],
+            items=self.items[rows],
+            values=self.values[rows],
+            n_users=self.n_users,
+            n_items=self.n_items,
+        )
+
 
 def encode(
     ratings: pd.DataFrame,
@@ -344,7 +363,7 @@ def encode(
     )
 
 
-def to_sparse_tensor(ratings: Ratings):
+def to_sparse_tensor(ratings: Ratings) -> tf.SparseTensor:
     """M as a ``tf.SparseTensor`` of shape ``(n_users, n_items)`` holding only observed entries.
 
     Memory grows with the number of ratings, never with users × items.
@@ -387,6 +406,8 @@ def interactions(log: pd.DataFrame, name: str = "log") -> pd.DataFrame:
         sorted by user and item. Confidence in the Hu, Koren and Volinsky sense is then
         ``1 + alpha * count``.
     """
+    if isinstance(log, pd.DataFrame) and "count" in log.columns:
+        raise ValueError(f"{name}: already has a 'count' column; pass the raw log, one row each")
     counted = log.assign(count=1.0)
     _check_frame(counted, name, "count")
     grouped = counted.groupby(["user_id", "item_id"], as_index=False)["count"].sum()

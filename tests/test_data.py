@@ -182,3 +182,14 @@ def test_temporal_split_puts_the_latest_ratings_in_test(small):
 def test_split_fraction_outside_open_interval(split_fn, fraction, small):
     with pytest.raises(ValueError, match="^test_fraction: "):
         split_fn(small, test_fraction=fraction)
+
+
+def test_empty_id_map_and_take():
+    with pytest.raises(ValueError, match="raw_ids: this IdMap holds no ids"):
+        data.IdMap.fit([]).to_index([1])
+    encoded = data.Ratings(
+        np.array([0, 1, 2], np.int32), np.array([2, 1, 0], np.int32), np.ones(3, np.float32), 3, 3
+    )
+    part = encoded.take(np.array([True, False, True]))
+    assert part.users.tolist() == [0, 2] and part.items.tolist() == [2, 0]
+    assert (part.n_users, part.n_items) == (3, 3)
