@@ -25,7 +25,7 @@ data: $(BIN)/.installed
 lab: data
 	$(BIN)/jupyter lab notebooks/
 
-test: data lint unit notebooks
+test: data lint unit notebooks browser
 	@echo "make test: all checks passed"
 
 lint: $(BIN)/.installed
@@ -35,10 +35,25 @@ lint: $(BIN)/.installed
 unit: $(BIN)/.installed
 	$(BIN)/python -m pytest -q -m "not browser" tests
 
+# nbval re-runs every notebook and compares its outputs with the committed ones. Each notebook
+# is first staged alone in a folder of its own, so the same run proves it needs no other notebook.
 notebooks: data
-	$(BIN)/python -m pytest -q --nbval notebooks
+	rm -rf artifacts/standalone
+	$(BIN)/python -m pytest -q --nbval \
+	  $$($(BIN)/python tests/test_notebooks_standalone.py artifacts/standalone)
 
-browser: data
+# Debian's Chromium for the browser tests; Playwright drives it and never downloads a browser.
+# apt-get needs root: without root and without /usr/bin/chromium the browser tests skip.
+.PHONY: chromium
+chromium:
+	@if [ -x /usr/bin/chromium ]; then :; \
+	elif [ "$$(id -u)" = 0 ]; then \
+	  echo "installing Debian's chromium (log: artifacts/apt-chromium.log)"; mkdir -p artifacts; \
+	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; } \
+	    >artifacts/apt-chromium.log 2>&1 || { tail -n 30 artifacts/apt-chromium.log; exit 1; }; \
+	else echo "no /usr/bin/chromium and not root: the browser tests will skip"; fi
+
+browser: data chromium
 	$(BIN)/python -m pytest -q -m browser tests
 
 bench: data
