@@ -6,6 +6,7 @@ The package is layered; a module only imports from the layers above it in this l
 * ``helpers.linalg``: batched ridge solves shared by ALS and fold-in.
 * ``helpers.model``: ``MatrixFactorization`` trained with ``tf.GradientTape``.
 * ``helpers.als``: ``ALS``, closed-form alternating least squares (explicit and implicit).
+* ``helpers.implicit_model``: ``ImplicitMatrixFactorization``, implicit feedback by GradientTape.
 * ``helpers.metrics``, ``helpers.similarity``, ``helpers.tuning``: uses of a trained model.
 * ``helpers.plots``, ``helpers.widgets``: presentation.
 

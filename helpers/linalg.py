@@ -84,6 +84,51 @@ def fold_in(
     return solution[:-1], float(solution[-1])
 
 
+def fold_in_implicit(
+    item_factors: np.ndarray,
+    items: np.ndarray,
+    counts: np.ndarray,
+    reg: float,
+    alpha: float,
+    *,
+    weighting: str = "uniform",
+) -> np.ndarray:
+    """Solve for one new user's factors under the implicit-feedback loss, with V fixed.
+
+    Hu, Koren and Volinsky's loss for one user is Σ_i c_i (p_i − uᵀv_i)² + λ w ‖u‖² over every
+    item, with p_i = 1 and c_i = 1 + α·count_i for the items the user interacted with, and
+    p_i = 0, c_i = 1 for the rest. Its optimum solves
+
+        (VᵀV + Vᵀ(C − I)V + λ w I) u = Vᵀ C p,
+
+    where only the interacted items enter Vᵀ(C − I)V and VᵀCp, so the cost is k² per item the
+    user touched plus one k × k Gramian VᵀV.
+
+    Args:
+        item_factors: float ``(n_items, k)``, the fixed V (rows of unseen items set to 0).
+        items: int ``(n,)``, distinct indices of the items the user interacted with.
+        counts: float ``(n,)``, interaction counts, each > 0.
+        reg: λ ≥ 0. alpha: α ≥ 0. weighting: ``"uniform"`` (w = 1) or ``"count"`` (w = n).
+
+    Returns:
+        float32 ``(k,)``, the user's factors.
+    """
+    item_factors = np.asarray(item_factors, dtype=np.float32)
+    items = np.asarray(items)
+    counts = np.asarray(counts, dtype=np.float32)
+    _check_fold_in(item_factors, items, counts, reg, weighting)
+    if (counts <= 0).any():
+        raise ValueError("counts: interaction counts must be > 0")
+    if not np.isfinite(alpha) or alpha < 0:
+        raise ValueError(f"alpha: must be a finite number ≥ 0, got {alpha}")
+
+    features = item_factors[items]
+    boost = np.float32(alpha) * counts
+    gram = item_factors.T @ item_factors + (features * boost[:, None]).T @ features
+    weight = len(items) if weighting == "count" else 1
+    return solve_ridge(gram[None], (features.T @ (1 + boost))[None], reg * weight).numpy()[0]
+
+
 def _check_fold_in(item_factors, items, ratings, reg, weighting) -> None:
     if item_factors.ndim != 2:
         raise ValueError(f"item_factors: expected shape (n_items, k), got {item_factors.shape}")
