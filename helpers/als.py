@@ -65,6 +65,7 @@ import pandas as pd
 import tensorflow as tf
 
 from helpers import data, linalg
+from helpers._validation import check_indices, check_int, check_number
 
 logger = logging.getLogger(__name__)
 
@@ -147,16 +148,16 @@ class ALS:
         use_bias: bool = True,
         seed: int = 0,
     ) -> None:
-        _check_int(rank, "rank", minimum=1)
-        _check_int(max_iter, "max_iter", minimum=1)
-        _check_number(reg_param, "reg_param")
-        _check_number(alpha, "alpha")
+        check_int(rank, "rank", minimum=1)
+        check_int(max_iter, "max_iter", minimum=1)
+        check_number(reg_param, "reg_param")
+        check_number(alpha, "alpha")
         if weighting not in WEIGHTINGS:
             raise ValueError(f"weighting: expected 'count' or 'uniform', got {weighting!r}")
         for name, flag in (("implicit_prefs", implicit_prefs), ("use_bias", use_bias)):
             if not isinstance(flag, (bool, np.bool_)):
                 raise TypeError(f"{name}: expected True or False, got {flag!r}")
-        _check_int(seed, "seed", minimum=0)
+        check_int(seed, "seed", minimum=0)
         self.rank = int(rank)
         self.max_iter = int(max_iter)
         self.reg = float(reg_param)
@@ -320,8 +321,8 @@ class ALS:
             float32 ``(n,)``: μ + b_u + b_i + u_uᵀv_i.
         """
         self._check_fitted()
-        users = _check_indices(users, self.n_users, "users")
-        items = _check_indices(items, self.n_items, "items")
+        users = check_indices(users, self.n_users, "users")
+        items = check_indices(items, self.n_items, "items")
         if users.shape != items.shape:
             raise ValueError(f"items: expected shape {users.shape} like users, got {items.shape}")
         both = self.user_seen[users] & self.item_seen[items]
@@ -399,10 +400,10 @@ class ALS:
         n_rows, n_cols = (
             (self.n_users, self.n_items) if side == "user" else (self.n_items, self.n_users)
         )
-        _check_int(k, "k", minimum=1)
+        check_int(k, "k", minimum=1)
         if k > n_cols:
             raise ValueError(f"k: must be at most {n_cols}, got {k}")
-        _check_int(batch_size, "batch_size", minimum=1)
+        check_int(batch_size, "batch_size", minimum=1)
         rows_f, rows_b, rows_seen = self._side_arrays(side)
         cols_f, cols_b, cols_seen = self._side_arrays("item" if side == "user" else "user")
         cols_f = np.where(cols_seen[:, None], cols_f, 0.0).astype(np.float32)
@@ -719,32 +720,6 @@ def _rmse(predicted: np.ndarray, true: np.ndarray) -> float:
     return float(np.sqrt(np.mean(np.square(predicted - true, dtype=np.float64))))
 
 
-def _check_int(value, name: str, minimum: int) -> None:
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
-        raise TypeError(f"{name}: must be an integer, got {value!r}")
-    if value < minimum:
-        what = "a positive integer" if minimum == 1 else f"an integer ≥ {minimum}"
-        raise ValueError(f"{name}: must be {what}, got {value}")
-
-
-def _check_number(value, name: str) -> None:
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.number)):
-        raise TypeError(f"{name}: must be a number, got {value!r}")
-    if not np.isfinite(value) or value < 0:
-        raise ValueError(f"{name}: must be a finite number ≥ 0, got {value}")
-
-
-def _check_indices(indices, size: int, name: str) -> np.ndarray:
-    array = np.asarray(indices)
-    if array.ndim != 1:
-        raise ValueError(f"{name}: expected a 1-D array of indices, got shape {array.shape}")
-    if array.size and not np.issubdtype(array.dtype, np.integer):
-        raise TypeError(f"{name}: expected integer indices, got dtype {array.dtype}")
-    if array.size and (array.min() < 0 or array.max() >= size):
-        raise ValueError(f"{name}: indices must lie in [0, {size})")
-    return array.astype(np.int64)
-
-
 def _check_ratings(
     ratings, name: str, nonnegative: bool = False, like: data.Ratings | None = None
 ) -> None:
@@ -759,8 +734,8 @@ def _check_ratings(
         )
     if not len(ratings.users) == len(ratings.items) == len(ratings.values):
         raise ValueError(f"{name}: users, items and values must have the same length")
-    _check_indices(ratings.users, ratings.n_users, f"{name}.users")
-    _check_indices(ratings.items, ratings.n_items, f"{name}.items")
+    check_indices(ratings.users, ratings.n_users, f"{name}.users")
+    check_indices(ratings.items, ratings.n_items, f"{name}.items")
     values = np.asarray(ratings.values)
     if not np.isfinite(values).all():
         raise ValueError(f"{name}: values hold NaN or infinite entries")

@@ -38,6 +38,7 @@ import pandas as pd
 import tensorflow as tf
 
 from helpers import data, linalg
+from helpers._validation import check_indices, check_int, check_number
 
 logger = logging.getLogger(__name__)
 
@@ -83,10 +84,10 @@ class ImplicitMatrixFactorization:
         seed: int = 0,
     ) -> None:
         for name, value in (("n_users", n_users), ("n_items", n_items), ("rank", rank)):
-            _check_int(value, name, minimum=1)
-        _check_int(seed, "seed", minimum=0)
+            check_int(value, name, minimum=1)
+        check_int(seed, "seed", minimum=0)
         for name, value in (("reg", reg), ("alpha", alpha), ("init_scale", init_scale)):
-            _check_number(value, name)
+            check_number(value, name)
         if weighting not in WEIGHTINGS:
             raise ValueError(f"weighting: expected 'uniform' or 'count', got {weighting!r}")
         self.n_users, self.n_items, self.rank = int(n_users), int(n_items), int(rank)
@@ -157,8 +158,8 @@ class ImplicitMatrixFactorization:
             step) and ``seconds`` (wall time of the epoch). Also kept in ``history_``.
         """
         self._check_interactions(interactions)
-        _check_int(epochs, "epochs", minimum=1)
-        _check_number(learning_rate, "learning_rate")
+        check_int(epochs, "epochs", minimum=1)
+        check_number(learning_rate, "learning_rate")
         if optimizer is None:
             optimizer = tf.keras.optimizers.Adam(learning_rate=learning_rate)
         elif not isinstance(optimizer, tf.keras.optimizers.Optimizer):
@@ -248,8 +249,8 @@ class ImplicitMatrixFactorization:
         Returns:
             float32 ``(n,)``.
         """
-        users = _check_indices(users, self.n_users, "users")
-        items = _check_indices(items, self.n_items, "items")
+        users = check_indices(users, self.n_users, "users")
+        items = check_indices(items, self.n_items, "items")
         if users.shape != items.shape:
             raise ValueError(f"items: expected shape {users.shape} like users, got {items.shape}")
         scores = np.einsum("nk,nk->n", self.user_factors[users], self.item_factors[items])
@@ -268,8 +269,8 @@ class ImplicitMatrixFactorization:
                 f"interactions: shape ({interactions.n_users}, {interactions.n_items}) differs "
                 f"from the model's ({self.n_users}, {self.n_items})"
             )
-        _check_indices(interactions.users, self.n_users, "interactions.users")
-        _check_indices(interactions.items, self.n_items, "interactions.items")
+        check_indices(interactions.users, self.n_users, "interactions.users")
+        check_indices(interactions.items, self.n_items, "interactions.items")
         values = np.asarray(interactions.values)
         if not np.isfinite(values).all():
             raise ValueError("interactions: values hold NaN or infinite entries")
@@ -288,29 +289,3 @@ def _loss(user_f, item_f, users, items, counts, user_w, item_w, alpha, reg):
     penalty = tf.reduce_sum(user_w * tf.reduce_sum(user_f**2, axis=1))
     penalty += tf.reduce_sum(item_w * tf.reduce_sum(item_f**2, axis=1))
     return everything + observed + reg * penalty
-
-
-def _check_int(value, name: str, minimum: int) -> None:
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
-        raise TypeError(f"{name}: must be an integer, got {value!r}")
-    if value < minimum:
-        what = "a positive integer" if minimum == 1 else f"an integer ≥ {minimum}"
-        raise ValueError(f"{name}: must be {what}, got {value}")
-
-
-def _check_number(value, name: str) -> None:
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.number)):
-        raise TypeError(f"{name}: must be a number, got {value!r}")
-    if not np.isfinite(value) or value < 0:
-        raise ValueError(f"{name}: must be a finite number ≥ 0, got {value}")
-
-
-def _check_indices(indices, size: int, name: str) -> np.ndarray:
-    array = np.asarray(indices)
-    if array.ndim != 1:
-        raise ValueError(f"{name}: expected a 1-D array of indices, got shape {array.shape}")
-    if array.size and not np.issubdtype(array.dtype, np.integer):
-        raise TypeError(f"{name}: expected integer indices, got dtype {array.dtype}")
-    if array.size and (array.min() < 0 or array.max() >= size):
-        raise ValueError(f"{name}: indices must lie in [0, {size})")
-    return array.astype(np.int64)
