@@ -3,8 +3,9 @@
 Every function draws on ``ax`` when given one, otherwise on a new figure of a sensible size,
 and returns the Axes (``ax.figure`` is the Figure). Nothing here calls ``plt.show()`` or
 changes matplotlib's global settings; in a notebook the figure appears when the cell ends.
-End the cell with ``;`` or assign the result (``ax = plots.plot_history(...)``) so that the
-Axes' text form is not printed as well.
+End the cell with ``plt.show()`` or assign the result (``ax = plots.plot_history(...)``) so
+that the Axes' text form is not printed as well. A trailing ``;`` does not hide it under nbval,
+which runs cells without IPython's history.
 """
 
 from __future__ import annotations
