@@ -168,6 +168,43 @@ def test_implicit_half_steps_equal_a_dense_numpy_reference(weighting):
     np.testing.assert_allclose(model.user_factors, expected, atol=2e-5)
 
 
+@pytest.mark.parametrize("weighting", ["uniform", "count"])
+def test_cg_with_many_steps_matches_the_exact_solution(weighting):
+    options = {"weighting": weighting, "reg_param": 0.3, "alpha": 3.0, "implicit_prefs": True}
+    ratings = _tiny(implicit=True)
+    # k = 4 unknowns: CG reaches the exact solution in 4 steps; 12 leave only rounding.
+    cg = ALS(rank=RANK, max_iter=3, seed=3, solver="cg", cg_steps=12, **options).fit(ratings)
+    exact = ALS(rank=RANK, max_iter=3, seed=3, **options).fit(ratings)
+    np.testing.assert_allclose(cg.user_factors, exact.user_factors, atol=1e-4)
+    np.testing.assert_allclose(cg.item_factors, exact.item_factors, atol=1e-4)
+    np.testing.assert_allclose(cg.history_["loss"], exact.history_["loss"], rtol=1e-5)
+
+    counts, _ = _dense(ratings)
+    user_w, _ = _weights(ratings, weighting)
+    cg._half_step("user", compiled=False)
+    expected = _dense_implicit_step(cg.item_factors.astype(np.float64), counts, 3.0, 0.3, user_w)
+    np.testing.assert_allclose(cg.user_factors, expected, atol=2e-5)
+
+
+def test_cg_with_few_steps_never_increases_the_loss():
+    # rank 8 with 3 CG steps per half-step: far from the exact solve, checked below.
+    options = {"weighting": "uniform", "reg_param": 0.5, "alpha": 2.0, "implicit_prefs": True}
+    ratings = _tiny(seed=1, implicit=True)
+    model = ALS(rank=8, max_iter=1, seed=3, solver="cg", cg_steps=3, **options).fit(ratings)
+    exact = ALS(rank=8, max_iter=1, seed=3, **options).fit(ratings)
+    assert np.abs(model.item_factors - exact.item_factors).max() > 1e-3  # the test can fail
+
+    losses = [_loss_and_gradients(model, ratings)[0]]
+    assert model.history_["loss"].iloc[-1] == pytest.approx(losses[0], rel=1e-4)
+    for side in ("user", "item") * 8:
+        model._half_step(side, compiled=False)
+        losses.append(_loss_and_gradients(model, ratings)[0])
+    assert all(b <= a * (1 + 1e-6) for a, b in zip(losses[:-1], losses[1:], strict=True))
+    # After 9 sweeps the loss is within 1 % of the exact solver's after 9 sweeps.
+    exact = ALS(rank=8, max_iter=9, seed=3, **options).fit(ratings)
+    assert losses[-1] <= exact.history_["loss"].iloc[-1] * 1.01
+
+
 def test_zero_counts_are_the_same_as_missing_pairs():
     ratings = _tiny(implicit=True)
     extra = data.Ratings(
@@ -274,6 +311,15 @@ def test_validation_rmse_is_recorded_per_sweep():
         ({"weighting": "spark"}, ValueError, "^weighting: expected 'count' or 'uniform'"),
         ({"implicit_prefs": "yes"}, TypeError, "^implicit_prefs:"),
         ({"seed": -1}, ValueError, "^seed:"),
+        ({"solver": "lu"}, ValueError, "^solver: expected 'cholesky' or 'cg', got 'lu'"),
+        ({"solver": None}, ValueError, "^solver: expected 'cholesky' or 'cg'"),
+        ({"solver": "cg"}, ValueError, "^solver: 'cg' is only available with implicit_prefs"),
+        (
+            {"implicit_prefs": True, "solver": "cg", "cg_steps": 0},
+            ValueError,
+            "^cg_steps: must be a positive integer, got 0",
+        ),
+        ({"cg_steps": 2.5}, TypeError, "^cg_steps: must be an integer"),
     ],
 )
 def test_bad_parameters_name_the_argument(options, error, message):
@@ -354,6 +400,23 @@ def test_movielens_implicit_precision_target(movielens):
     train, test, interactions = movielens
     model = ALS(
         rank=64, max_iter=15, reg_param=20.0, alpha=1.0, implicit_prefs=True, weighting="uniform"
+    ).fit(interactions)
+    top, _ = model.recommend_for_all_users(10, exclude_seen=True)
+    relevant = metrics.relevant_items(test, min_rating=4.0)
+    assert metrics.precision_at_k(top, relevant, k=10) >= 0.17
+
+
+def test_movielens_implicit_precision_target_with_cg(movielens):
+    train, test, interactions = movielens
+    model = ALS(
+        rank=64,
+        max_iter=15,
+        reg_param=20.0,
+        alpha=1.0,
+        implicit_prefs=True,
+        weighting="uniform",
+        solver="cg",
+        cg_steps=3,
     ).fit(interactions)
     top, _ = model.recommend_for_all_users(10, exclude_seen=True)
     relevant = metrics.relevant_items(test, min_rating=4.0)
