@@ -121,14 +121,8 @@ def _peak_rss_gb() -> float:
 def _project_split():
     from helpers import data
 
-    ratings, _ = data.load_movielens()
-    user_map, item_map = data.IdMap.fit(ratings.user_id), data.IdMap.fit(ratings.item_id)
-    split = data.random_split(ratings, test_fraction=0.2, seed=42)
-    return (
-        split,
-        data.encode(split.train, user_map, item_map),
-        data.encode(split.test, user_map, item_map),
-    )
+    project = data.project_split()
+    return project.split, project.train, project.test
 
 
 def _rmse(predicted, values) -> float:

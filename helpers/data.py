@@ -508,6 +508,43 @@ def temporal_split(ratings: pd.DataFrame, test_fraction: float = 0.2, seed: int 
     return _make_split(ratings, mask)
 
 
+@dataclass(frozen=True)
+class ProjectSplit:
+    """The series' MovieLens split, encoded for the models.
+
+    Attributes:
+        split: the raw :class:`Split` (frames with raw ids).
+        user_map, item_map: id maps fit on all ratings, so every user and item has an index.
+        train, test: the encoded ratings.
+        interactions: the training ratings as an implicit view (``count`` per pair).
+    """
+
+    split: Split
+    user_map: IdMap
+    item_map: IdMap
+    train: Ratings
+    test: Ratings
+    interactions: Ratings
+
+
+def project_split(seed: int = 42, cache: str | os.PathLike | None = None) -> ProjectSplit:
+    """Load MovieLens and build the series' random 80/20 split (``seed=42``), encoded.
+
+    Notebooks build it step by step; tests and benchmarks call this to use the same split.
+    """
+    ratings, _ = load_movielens(cache)
+    user_map, item_map = IdMap.fit(ratings["user_id"]), IdMap.fit(ratings["item_id"])
+    split = random_split(ratings, test_fraction=0.2, seed=seed)
+    return ProjectSplit(
+        split=split,
+        user_map=user_map,
+        item_map=item_map,
+        train=encode(split.train, user_map, item_map),
+        test=encode(split.test, user_map, item_map),
+        interactions=encode(interactions(split.train), user_map, item_map, value_column="count"),
+    )
+
+
 # --------------------------------------------------------------------------------------------
 # Command line: python -m helpers.data fetch | seed PATH
 # --------------------------------------------------------------------------------------------

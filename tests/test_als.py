@@ -379,15 +379,8 @@ def test_bad_data_gets_clear_errors():
 
 @pytest.fixture(scope="module")
 def movielens():
-    ratings, _ = data.load_movielens()
-    user_map, item_map = data.IdMap.fit(ratings.user_id), data.IdMap.fit(ratings.item_id)
-    split = data.random_split(ratings, test_fraction=0.2, seed=42)
-    train = data.encode(split.train, user_map, item_map)
-    test = data.encode(split.test, user_map, item_map)
-    interactions = data.encode(
-        data.interactions(split.train), user_map, item_map, value_column="count"
-    )
-    return train, test, interactions
+    project = data.project_split()
+    return project.train, project.test, project.interactions
 
 
 def test_movielens_explicit_rmse_target(movielens):

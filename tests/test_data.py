@@ -193,3 +193,15 @@ def test_empty_id_map_and_take():
     part = encoded.take(np.array([True, False, True]))
     assert part.users.tolist() == [0, 2] and part.items.tolist() == [2, 0]
     assert (part.n_users, part.n_items) == (3, 3)
+
+
+def test_project_split_is_the_seed_42_split_encoded(movielens):
+    ratings, _ = movielens
+    project = data.project_split()
+    expected = data.random_split(ratings, test_fraction=0.2, seed=42)
+    assert project.split.test.index.equals(expected.test.index)
+    assert (len(project.train), len(project.test)) == (len(expected.train), len(expected.test))
+    assert (project.train.n_users, project.train.n_items) == (610, 9_724)
+    # Each training rating is one interaction, so every count is 1.
+    assert len(project.interactions) == len(project.train)
+    assert set(project.interactions.values.tolist()) == {1.0}

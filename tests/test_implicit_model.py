@@ -201,14 +201,8 @@ def test_bad_data_gets_clear_errors():
 
 
 def test_movielens_beats_popularity():
-    ratings, _ = data.load_movielens()
-    user_map, item_map = data.IdMap.fit(ratings.user_id), data.IdMap.fit(ratings.item_id)
-    split = data.random_split(ratings, test_fraction=0.2, seed=42)
-    train = data.encode(split.train, user_map, item_map)
-    test = data.encode(split.test, user_map, item_map)
-    interactions = data.encode(
-        data.interactions(split.train), user_map, item_map, value_column="count"
-    )
+    project = data.project_split()
+    train, test, interactions = project.train, project.test, project.interactions
     model = ImplicitMatrixFactorization(train.n_users, train.n_items, seed=0)
     model.fit(interactions)
     relevant = metrics.relevant_items(test, min_rating=4.0)
